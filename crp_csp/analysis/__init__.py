@@ -1,0 +1,12 @@
+"""The one analysis pass: CRP relevance, reference samples, unit statistics and encoder embeddings."""
+from .config import AnalysisConfig
+from .crops import conditional_heatmaps, relevance_crop
+from .recording import find_layers, record_layers
+from .runner import run_analysis
+from .statistics import merge_top, unit_values
+
+__all__ = ["AnalysisConfig", "conditional_heatmaps", "find_layers", "merge_top", "record_layers",
+           "relevance_crop", "run_analysis", "unit_values"]
+from .feature_visualization import CSPFeatureVisualization, write_crp_results  # noqa: E402
+
+__all__ += ["CSPFeatureVisualization", "write_crp_results"]

@@ -15,6 +15,7 @@ the demo encoder. Prints one JSON object.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import resource
 import subprocess
@@ -76,7 +77,8 @@ def time_two_pass(model, encoder, folder, batch_size, workdir) -> float:
     dataset = ImageFolder(str(folder), transform=ToTensor())
     fv = FeatureVisualization(CondAttribution(model), dataset, {name: ChannelConcept() for name in LAYERS},
                               path=str(workdir / "crp"))
-    fv.run(composite(), 0, len(dataset), batch_size=batch_size, checkpoint=10_000)
+    with contextlib.redirect_stdout(sys.stderr):  # crp prints progress to stdout; keep stdout for the JSON
+        fv.run(composite(), 0, len(dataset), batch_size=batch_size, checkpoint=10_000)
     embeddings = []
     for images, _ in DataLoader(ImageFolder(str(folder), transform=ToTensor()), batch_size=batch_size):
         embeddings.append(encoder.encode_images(images))

@@ -63,7 +63,7 @@ def test_selection_chunking_and_variants(store):
     quantile = select_contrastive(store, LAYER, SelectionConfig(scored_count=4, threshold=0.2))
     stat = store.statistic(LAYER, "activation", "max")
     rows = store.rows_of(quantile.negative_ids[:, 3])
-    assert (stat[rows, 3] < np.quantile(stat[:, 3], 0.2)).all()
+    assert (stat[rows, 3] <= np.quantile(stat[:, 3], 0.2)).all()
 
 
 def test_too_few_negatives_is_a_clear_error(store):

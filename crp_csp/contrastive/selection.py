@@ -45,7 +45,8 @@ class SelectionConfig:
     eligibility : threshold negatives by ``activation`` or ``relevance``.
     eligibility_stat : the per-sample statistic thresholded (default: spatial ``max`` of the activation,
         or the ``sum`` of the relevance); the same statistic gives the positives' weights.
-    threshold : ``"mean"`` (below the unit's mean over the probing set) or a quantile in (0, 1).
+    threshold : ``"mean"`` (below the unit's mean over the probing set) or a quantile in (0, 1) (at or
+        below it).
     view : embed positives as whole ``image``s or as their relevance ``crop``s (negatives are whole images).
     reuse : allow one negative for several positives of a unit.
     chunk_elements : bound on the similarity block held in memory (positives x samples).
@@ -99,10 +100,9 @@ class ContrastiveSelection:
 
 def _eligible_mask(stat: np.ndarray, threshold) -> np.ndarray:
     if threshold == "mean":
-        cut = stat.mean(0, keepdims=True)
-    else:
-        cut = np.quantile(stat, threshold, axis=0, keepdims=True)
-    return stat < cut
+        return stat < stat.mean(0, keepdims=True)
+    # at or below the quantile: zero-inflated statistics (ReLU, relevance) have their quantile at 0
+    return stat <= np.quantile(stat, threshold, axis=0, keepdims=True)
 
 
 def _best_matches(pair_embeddings: torch.Tensor, pair_units: torch.Tensor, embeddings,

@@ -6,6 +6,7 @@ __version__ = "0.1.0"
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 from .analysis import AnalysisConfig, CSPFeatureVisualization, run_analysis  # noqa: E402
+from .circuits import Circuit, build_circuit  # noqa: E402
 from .candidates import CandidateSet, load_candidates, read_label_file  # noqa: E402
 from .contrastive import ContrastiveSelection, SelectionConfig, TooFewNegativesError, select_contrastive  # noqa: E402
 from .encoders import ImageTextEncoder, load_encoder  # noqa: E402
@@ -17,7 +18,8 @@ from .scoring import (  # noqa: E402
 from .store import AnalysisStore, StoreError, StoreLockedError, StoreMismatchError  # noqa: E402
 
 __all__ = [
-    "AnalysisConfig", "AnalysisStore", "CSPFeatureVisualization", "CSPScorer", "CandidateSet", "ClipDissectScorer",
+    "AnalysisConfig", "AnalysisStore", "CSPFeatureVisualization", "CSPScorer", "CandidateSet", "Circuit",
+    "ClipDissectScorer", "build_circuit",
     "ContrastiveSelection", "ImageTextEncoder", "LayerLabels", "SelectionConfig", "SemanticLensScorer",
     "StoreError", "StoreLockedError", "StoreMismatchError", "TooFewNegativesError", "UnitLabel", "embed_labels",
     "label_units", "load_candidates", "load_encoder", "load_model", "make_scorer", "read_label_file",

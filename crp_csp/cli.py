@@ -6,12 +6,13 @@
     crp-csp label    --out run/ --candidates demo --methods csp,semanticlens
     crp-csp evaluate --out run/
     crp-csp report   --out run/
+    crp-csp circuit  --out run/ --root fc:3 --layers features.conv4 --width 5 --samples 10
     crp-csp demo                       # all of the above on the demo world, offline
 
 ``analyze`` saves the setup (model, dataset, layers, encoder, composite) in ``OUT/settings.json``;
 the later commands read it, so they need only ``--out``. Every file goes under ``--out``: the
 analysis store ``analysis.h5`` (labels are saved into it too), ``labels/<layer>.<method>.{json,csv}``,
-``evaluation/<layer>.<method>.json`` and ``report.html``.
+``evaluation/<layer>.<method>.json``, ``report.html`` and ``circuits/<layer>_<unit>.{json,png}``.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ logger = logging.getLogger("crp_csp.cli")
 STORE_NAME = "analysis.h5"
 SETTINGS_NAME = "settings.json"
 REPORT_NAME = "report.html"
+CIRCUITS_DIR = "circuits"
 METHODS = ("csp", "semanticlens", "clip-dissect")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # What the analysis was made from; saved by ``analyze`` and read by the other commands.
@@ -398,6 +400,19 @@ def load_evaluations(out: Path) -> dict[tuple[str, str], dict]:
     return result
 
 
+def load_circuits(out: Path) -> list:
+    """The circuits written by ``crp-csp circuit`` (``OUT/circuits/*.json``)."""
+    from .circuits import Circuit
+
+    result = []
+    for path in sorted((out / CIRCUITS_DIR).glob("*.json")):
+        try:
+            result.append(Circuit.from_dict(json.loads(path.read_text(encoding="utf-8"))))
+        except (json.JSONDecodeError, KeyError, TypeError):
+            logger.warning("skipping %s: not a circuit", path)
+    return result
+
+
 def cmd_report(args) -> int:
     from .report import write_report
 
@@ -424,12 +439,47 @@ def cmd_report(args) -> int:
     try:
         write_report(store, labels, path, model=model, dataset=dataset, composite=composite,
                      evaluations=load_evaluations(out), units_per_layer=units, preprocess_fn=preprocess_for(setup),
-                     examples=args.examples, device=args.device, progress=progress_of(args))
+                     examples=args.examples, device=args.device, progress=progress_of(args),
+                     circuits=load_circuits(out))
     except StoreMismatchError as error:
         raise CLIError(f"{error}; on the command line give the --model, --dataset and --samples of the analysis "
                        f"(`crp-csp analyze` saves them in {out / SETTINGS_NAME}), or --no-heatmaps for no model"
                        ) from None
     print(f"report: {path.resolve()} ({path.stat().st_size / 1e6:.1f} MB); open it in a browser")
+    return 0
+
+
+def cmd_circuit(args) -> int:
+    from .circuits import build_circuit, parse_node, saved_labels
+
+    out = Path(args.out)
+    store = open_store(out)
+    setup = resolve_setup(args)
+    with blame("--root", "e.g. --root fc:3 or --root features.conv4:12"):
+        root = parse_node(args.root)
+    layers = split_list(args.layers)
+    if not layers:
+        raise CLIError("--layers: give the lower layers from the root down, e.g. features.conv4,features.conv3")
+    model = build_model(setup, args.device)
+    with blame("--dataset"):
+        dataset = build_dataset(setup)
+    sample_ids = [int(item) for item in split_list(args.sample_ids)] if args.sample_ids else None
+    labels = saved_labels(store, [root[0], *layers], args.method)
+    missing = [layer for layer in layers if layer not in labels]
+    if missing:
+        logger.warning("no %s labels saved for %s; run `crp-csp label --layers %s` to label those nodes",
+                       args.method, ", ".join(missing), ",".join(missing))
+    with blame("--root / --layers / --samples"):
+        circuit = build_circuit(model, build_composite(setup), dataset, store, root=root, layers=layers,
+                                width=args.width, samples=args.circuit_samples, sample_ids=sample_ids, labels=labels,
+                                preprocess_fn=preprocess_for(setup), device=args.device, batch_size=args.batch_size)
+    folder = out / CIRCUITS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = folder / circuit.root.replace(":", "_")
+    circuit.to_json(stem.with_suffix(".json"))
+    circuit.plot(stem.with_suffix(".png"))
+    print(circuit.summary())
+    print(f"circuit: {stem}.json and {stem}.png ({len(circuit.nodes)} nodes, {len(circuit.samples)} samples)")
     return 0
 
 
@@ -613,6 +663,28 @@ def build_parser() -> argparse.ArgumentParser:
     _setup_options(report, later=True)
     _common(report)
     report.set_defaults(func=cmd_report)
+
+    circuit = commands.add_parser(
+        "circuit", help="the circuit of a unit or class output: the lower-layer units carrying its relevance",
+        description="Condition CRP on a unit (or class output) and on each of its children in turn, keep the "
+                    "--width units of each lower layer that carry most of the relevance, and write "
+                    f"OUT/{CIRCUITS_DIR}/<layer>_<unit>.json and .png with the nodes' saved labels.")
+    group = circuit.add_argument_group("circuit")
+    group.add_argument("--root", required=True, metavar="LAYER:UNIT",
+                       help="the unit or class output, e.g. fc:3 (class 3) or features.conv4:12")
+    group.add_argument("--layers", required=True,
+                       help="lower layers from the root down, comma-separated, e.g. features.conv4,features.conv3")
+    group.add_argument("--width", type=int, default=5, metavar="K",
+                       help="children kept per node; 0 keeps all (default: %(default)s)")
+    group.add_argument("--samples", dest="circuit_samples", type=int, default=10, metavar="N",
+                       help="the root's first N RelMax references with positive relevance, aggregated; the "
+                            "analysed model, dataset and composite are read from OUT (default: %(default)s)")
+    group.add_argument("--sample-ids", metavar="IDS",
+                       help="comma-separated dataset indices instead (one: the circuit of that sample)")
+    group.add_argument("--method", default="csp",
+                       help="labels shown: a method saved by `label`, name or prefix (default: %(default)s)")
+    _common(circuit)
+    circuit.set_defaults(func=cmd_circuit)
 
     demo = commands.add_parser(
         "demo", help="the whole pipeline on the demo world, offline, in a few minutes",

@@ -357,6 +357,20 @@ def layer_section(content: LayerContent, plot: str | None, units_html: str, deta
     )
 
 
+def circuit_section(circuit, picture: str | None) -> str:
+    """A circuit (:class:`crp_csp.circuits.Circuit`) of a unit: its picture and its edges with shares and labels."""
+    labels = {node.key: node.label for node in circuit.nodes}
+    rows = "".join(
+        f"<tr><td>{esc(edge.parent)}</td><td>{esc(edge.child)}</td><td>{esc(labels.get(edge.child) or MISSING)}</td>"
+        f"{_number_cell(edge.share)}{_number_cell(edge.share_std)}</tr>"
+        for edge in circuit.edges)
+    image = f'<img class="plot" src="{picture}" alt="circuit of {esc(circuit.root)}">' if picture else ""
+    return (f'<details class="circuit" id="circuit-{esc(slug(circuit.root))}"><summary>circuit of '
+            f'{esc(circuit.root)} [{esc(labels.get(circuit.root) or MISSING)}] ({len(circuit.samples)} samples)'
+            f'</summary>{image}<table class="sortable"><thead><tr><th>parent</th><th>child</th><th>child label</th>'
+            f'<th>share</th><th>share std</th></tr></thead><tbody>{rows}</tbody></table></details>')
+
+
 def page(title: str, meta: list[tuple[str, str]], layers: list[str], sections: list[str]) -> str:
     rows = "".join(f"<tr><td>{esc(key)}</td><td>{esc(value)}</td></tr>" for key, value in meta)
     nav = "".join(f'<a href="#layer-{esc(slug(layer))}">{esc(layer)}</a>' for layer in layers)

@@ -110,6 +110,16 @@ def _examples_of_units(content: LayerContent, rows, dataset, attribution, compos
     return results
 
 
+def _circuit_sections(circuits, layer: str, units: set[int]) -> list[str]:
+    """HTML of the circuits whose root is one of ``units`` of ``layer``."""
+    shown = []
+    for circuit in circuits or []:
+        root = circuit.nodes[0]
+        if root.layer == layer and root.unit in units:
+            shown.append(H.circuit_section(circuit, figure_data_url(circuit.plot())))
+    return shown
+
+
 def write_report(
     store,
     labels: Mapping[str, Sequence[LayerLabels]] | Sequence[LayerLabels],
@@ -126,6 +136,7 @@ def write_report(
     device: str = "cpu",
     title: str = "crp-csp unit labels",
     progress: bool = True,
+    circuits: Sequence | None = None,
 ) -> Path:
     """Write a self-contained HTML report (inline CSS/JS, images as base64 PNG) to ``path``.
 
@@ -146,6 +157,8 @@ def write_report(
     examples : positives and negatives shown per unit.
     device : where the heatmaps are computed.
     progress : show a progress bar.
+    circuits : :class:`~crp_csp.circuits.Circuit` objects (e.g. from :func:`~crp_csp.circuits.build_circuit`);
+        each one whose root is a unit shown in detail is drawn after its layer's section.
 
     Returns
     -------
@@ -181,6 +194,7 @@ def write_report(
                         units_html.append(H.unit_section(content, row, positives, negatives))
                     bar.update(len(batch))
             sections.append(H.layer_section(content, plot, "".join(units_html), {row.unit for row in chosen}))
+            sections.extend(_circuit_sections(circuits, layer, {row.unit for row in chosen}))
     finally:
         for parameter, flag in zip(model.parameters() if requires_grad else [], requires_grad):
             parameter.requires_grad_(flag)

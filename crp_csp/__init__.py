@@ -16,12 +16,13 @@ from .scoring import (  # noqa: E402
     make_scorer,
 )
 from .store import AnalysisStore, StoreError, StoreLockedError, StoreMismatchError  # noqa: E402
+from .units import TokenConcept, insert_sae  # noqa: E402
 
 __all__ = [
     "AnalysisConfig", "AnalysisStore", "CSPFeatureVisualization", "CSPScorer", "CandidateSet", "Circuit",
     "ClipDissectScorer", "build_circuit",
     "ContrastiveSelection", "ImageTextEncoder", "LayerLabels", "SelectionConfig", "SemanticLensScorer",
-    "StoreError", "StoreLockedError", "StoreMismatchError", "TooFewNegativesError", "UnitLabel", "embed_labels",
-    "label_units", "load_candidates", "load_encoder", "load_model", "make_scorer", "read_label_file",
+    "StoreError", "StoreLockedError", "StoreMismatchError", "TokenConcept", "TooFewNegativesError", "UnitLabel", "embed_labels",
+    "insert_sae", "label_units", "load_candidates", "load_encoder", "load_model", "make_scorer", "read_label_file",
     "run_analysis", "select_contrastive",
 ]

@@ -31,6 +31,8 @@ from ..store import (
     SCHEMA_VERSION, AnalysisStore, StoreMismatchError, WriterLock, atomic_h5, composite_fingerprint,
     create_matrix, dataset_fingerprint, fingerprint_difference, model_fingerprint,
 )
+from ..units.insertion import ReconstructionError
+from ..units.tokens import TokenConcept, describe_concept, unit_layout
 from .config import AnalysisConfig
 from .crops import embed_reference_crops
 from .distributed import ProcessGroup, current_process_group
@@ -48,21 +50,38 @@ def _callable_name(fn) -> str | None:
     return f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', type(fn).__qualname__)}"
 
 
-def normalise_layer_map(model: nn.Module, layer_map: Mapping[str, Concept] | Sequence[str]) -> dict[str, Concept]:
-    """Accept ``{name: ChannelConcept()}`` as zennit-crp does, or a list of names."""
+def normalise_layer_map(model: nn.Module, layer_map: Mapping[str, Concept] | Sequence[str],
+                        config: AnalysisConfig | None = None) -> dict[str, Concept]:
+    """Accept ``{name: ChannelConcept()}`` as zennit-crp does (or :class:`~crp_csp.units.TokenConcept`
+    for transformer tokens), or a list of names."""
     if isinstance(layer_map, str):
         layer_map = [layer_map]
     if not isinstance(layer_map, Mapping):
         layer_map = {name: ChannelConcept() for name in layer_map}
     if not layer_map:
         raise ValueError("layer_map is empty; name at least one layer, e.g. {'features.conv4': ChannelConcept()}")
-    find_layers(model, list(layer_map))
+    modules = find_layers(model, list(layer_map))
     for name, concept in layer_map.items():
-        if not isinstance(concept, ChannelConcept):
+        if not isinstance(concept, (ChannelConcept, TokenConcept)):
             raise TypeError(
                 f"layer {name!r} maps to {type(concept).__name__}; crp-csp supports crp's ChannelConcept "
-                "(conv channels and linear neurons)"
+                "(conv channels, linear neurons, SAE latents) and crp_csp.units.TokenConcept (transformer tokens)"
             )
+    tokens = [name for name, concept in layer_map.items() if isinstance(concept, TokenConcept)]
+    if tokens and config is not None and config.crop_count:
+        raise ValueError(
+            f"relevance crops are not supported for token units ({', '.join(tokens)}); "
+            "pass AnalysisConfig(crop_count=0)"
+        )
+    errors = [name for name, module in modules.items() if isinstance(module, ReconstructionError)]
+    if errors and config is not None and config.crop_count:
+        raise ValueError(f"SAE error terms ({', '.join(errors)}) have no relevance crops; pass AnalysisConfig(crop_count=0)")
+    if tokens:
+        logger.warning(
+            "token units %s: no LRP rules for attention (zennit-crp has none; lxt 2.1 needs zennit >= 0.5), so "
+            "their relevances are the composite's gradient, not conservative LRP; use activation-based references",
+            tokens,
+        )
     return dict(layer_map)
 
 
@@ -207,17 +226,21 @@ def _check_finite(tensor: torch.Tensor, sample_ids, what: str) -> None:
         )
 
 
-def _batch_statistics(recording, layer_names, config: AnalysisConfig, sample_ids) -> dict[str, np.ndarray]:
+def _batch_statistics(recording, layer_map: Mapping[str, Concept], config: AnalysisConfig,
+                      sample_ids) -> dict[str, np.ndarray]:
     arrays = {}
-    for name in layer_names:
+    for name, concept in layer_map.items():
         activation, relevance = recording.activations[name], recording.relevances.get(name)
         if relevance is None:
             raise RuntimeError(f"layer {name!r} received no gradient; is it part of the path to the output?")
         _check_finite(activation, sample_ids, f"activation of layer {name!r}")
         _check_finite(relevance, sample_ids, f"relevance of layer {name!r}")
+        # token units [B, T, C] become [B, C, tokens] with their own reduction; channels stay as they are
+        activation, max_target = unit_layout(concept, activation, config.max_target)
+        relevance, _ = unit_layout(concept, relevance, config.max_target)
         stats = {
-            "activation": activation_statistics(activation, config.max_target, config.abs_norm),
-            "relevance": relevance_statistics(relevance, config.max_target, config.abs_norm),
+            "activation": activation_statistics(activation, max_target, config.abs_norm),
+            "relevance": relevance_statistics(relevance, max_target, config.abs_norm),
         }
         for kind, values in stats.items():
             for stat, tensor in values.items():
@@ -225,7 +248,7 @@ def _batch_statistics(recording, layer_names, config: AnalysisConfig, sample_ids
     return arrays
 
 
-def _run_parts(model, composite, dataset, encoder, layer_names, config, writer, starts, sample_range,
+def _run_parts(model, composite, dataset, encoder, layer_map, config, writer, starts, sample_range,
                preprocess_fn, encoder_input_fn, progress) -> None:
     """Compute and write the parts beginning at ``starts`` that do not exist yet."""
     end = sample_range[1]
@@ -245,9 +268,9 @@ def _run_parts(model, composite, dataset, encoder, layer_names, config, writer, 
         batch_ids = np.asarray(indices[position:position + len(images)])
         _check_finite(images, batch_ids, "input")
         model_input = preprocess_fn(images) if preprocess_fn is not None else images
-        output, prediction, recording = _record_batch(model, composite, layer_names, model_input, targets, config)
+        output, prediction, recording = _record_batch(model, composite, list(layer_map), model_input, targets, config)
         _check_finite(output, batch_ids, "model output")
-        arrays = _batch_statistics(recording, layer_names, config, batch_ids)
+        arrays = _batch_statistics(recording, layer_map, config, batch_ids)
         encoder_images = encoder_input_fn(images) if encoder_input_fn is not None else images
         arrays["embedding"] = encoder.encode_images(encoder_images).float().cpu().numpy()
         arrays["target"] = targets.numpy()
@@ -323,7 +346,7 @@ def analysis_fingerprint(model, dataset, composite, layer_map, encoder, config, 
         "dataset": dataset_fingerprint(dataset),
         "sample_range": list(sample_range),
         "composite": composite_fingerprint(composite),
-        "layers": {name: type(concept).__name__ for name, concept in layer_map.items()},
+        "layers": {name: describe_concept(concept) for name, concept in layer_map.items()},
         "encoder": {"spec": encoder.spec, "weights": encoder.fingerprint()},
         "preprocess_fn": _callable_name(preprocess_fn),
         "encoder_input_fn": _callable_name(encoder_input_fn),
@@ -358,7 +381,9 @@ def run_analysis(
     dataset : yields ``(image, label)`` or images, as zennit-crp datasets do; images as the encoder
         should see them (float [C, H, W] in [0, 1] unless ``encoder_input_fn`` maps them there).
     encoder : the CLIP-like image/text encoder (:func:`crp_csp.load_encoder`).
-    layer_map : ``{layer_name: ChannelConcept()}`` as in zennit-crp, or a list of layer names.
+    layer_map : ``{layer_name: ChannelConcept()}`` as in zennit-crp, or a list of layer names; SAE latents
+        (:func:`crp_csp.units.insert_sae`) are channels too, transformer tokens take
+        :class:`crp_csp.units.TokenConcept` (and ``config.crop_count=0``).
     path : the HDF5 store to write; checkpoints go to ``<path>.parts/`` until it is complete.
     composite : the zennit composite that defines the relevance (None: plain gradient).
     attribution : a ``crp.attribution.CondAttribution`` over ``model`` for the relevance crops
@@ -375,7 +400,7 @@ def run_analysis(
     """
     config = config or AnalysisConfig()
     path = Path(path)
-    layer_map = normalise_layer_map(model, layer_map)
+    layer_map = normalise_layer_map(model, layer_map, config)
     layer_names = list(layer_map)
     _check_first_sample(dataset)
     sample_range = tuple(sample_range or (0, len(dataset)))
@@ -407,7 +432,7 @@ def run_analysis(
         parameters_grad = [p.requires_grad for p in model.parameters()]
         model.requires_grad_(False)
         try:
-            _run_parts(model, composite, dataset, encoder, layer_names, config, writer, group.mine(starts),
+            _run_parts(model, composite, dataset, encoder, layer_map, config, writer, group.mine(starts),
                        sample_range, preprocess_fn, encoder_input_fn, progress and group.is_main)
             group.barrier()
             pools = _merge_rank_pools(group.all_gather_object(

@@ -18,7 +18,7 @@ def unit_values(tensor: torch.Tensor, max_target: str = "sum", abs_norm: bool = 
     """zennit-crp's reference-sampling value of every unit on every sample.
 
     Returns ``(value [B, C], rf [B, C])``: ``value`` is the spatial sum (or the value at the arg-max
-    neuron), divided by the sum of absolute values over units when ``abs_norm``; ``rf`` is the
+    neuron, or the mean), divided by the sum of absolute values over units when ``abs_norm``; ``rf`` is the
     flat index of the arg-max neuron, as ``crp.concepts.ChannelConcept.reference_sampling`` gives.
     """
     flat = _flat(tensor)
@@ -27,8 +27,10 @@ def unit_values(tensor: torch.Tensor, max_target: str = "sum", abs_norm: bool = 
         value = flat.sum(-1)
     elif max_target == "max":
         value = flat.gather(-1, rf.unsqueeze(-1)).squeeze(-1)
+    elif max_target == "mean":  # token units (crp_csp.units.TokenConcept)
+        value = flat.mean(-1)
     else:
-        raise ValueError(f"max_target must be 'sum' or 'max', got {max_target!r}")
+        raise ValueError(f"max_target must be 'sum', 'max' or 'mean', got {max_target!r}")
     if abs_norm:
         value = value / (value.abs().sum(-1, keepdim=True) + 1e-10)
     return value, rf

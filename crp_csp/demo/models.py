@@ -13,6 +13,12 @@ from .data import CLASS_NAMES
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 CLASSIFIER_WEIGHTS = WEIGHTS_DIR / "classifier.pt"
 CLIP_WEIGHTS = WEIGHTS_DIR / "clip.pt"
+SAE_WEIGHTS = WEIGHTS_DIR / "sae.pt"
+
+# The shipped SAE reads the output of the last conv block (conv4 -> BN -> ReLU, 64 channels). It sits
+# after the ReLU rather than after conv4 so that zennit's SequentialMergeBatchNorm still merges bn4.
+DEMO_SAE_LAYER = "features.relu4"
+DEMO_SAE_LATENTS = f"{DEMO_SAE_LAYER}.sae.latents"
 
 CLASSIFIER_CHANNELS = (24, 48, 64, 64)
 
@@ -64,11 +70,27 @@ def _load_state(path: Path) -> dict:
     return {key: value.float() if value.is_floating_point() else value for key, value in state.items()}
 
 
-def load_demo_classifier(device: str | torch.device = "cpu") -> DemoClassifier:
-    """The trained demo classifier in eval mode."""
+def load_demo_classifier(device: str | torch.device = "cpu", sae: bool = False) -> DemoClassifier:
+    """The trained demo classifier in eval mode; with ``sae``, the shipped SAE follows
+    :data:`DEMO_SAE_LAYER` and its latents are the module :data:`DEMO_SAE_LATENTS`."""
     model = DemoClassifier()
     model.load_state_dict(_load_state(CLASSIFIER_WEIGHTS))
+    if sae:
+        from ..units import insert_sae
+
+        model = insert_sae(model, DEMO_SAE_LAYER, load_demo_sae(), inplace=True)
     return model.eval().to(device)
+
+
+def load_demo_sae():
+    """The demo SAE (overcomplete ``TopKSAE``, 256 latents, k = 8) on :data:`DEMO_SAE_LAYER`, in eval mode."""
+    from ..units import load_sae
+
+    if not SAE_WEIGHTS.exists():
+        raise FileNotFoundError(
+            f"demo weights {SAE_WEIGHTS} are missing; rebuild them with `python -m crp_csp.demo.train --only sae`"
+        )
+    return load_sae(SAE_WEIGHTS)[0]
 
 
 def load_demo_clip(device: str | torch.device = "cpu") -> open_clip.CLIP:

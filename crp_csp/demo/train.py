@@ -1,7 +1,8 @@
-"""Train the demo world's classifier and CLIP from scratch and write their weights.
+"""Train the demo world's classifier, CLIP and SAE from scratch and write their weights.
 
-Usage: ``python -m crp_csp.demo.train [--out DIR] [--only classifier|clip]``. Seeded; on 2 CPU cores
-the whole run takes about 20 minutes. The weights land in ``crp_csp/demo/weights`` by default.
+Usage: ``python -m crp_csp.demo.train [--out DIR] [--only classifier|clip|sae]``. Seeded; on 2 CPU
+cores the whole run takes about 20 minutes (the SAE about 2 of them; it needs the classifier, which
+``--only sae`` reads from ``--out``). The weights land in ``crp_csp/demo/weights`` by default.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from tqdm import tqdm
 from .captions import sample_caption, scene_codes
 from .data import DemoWorldDataset
 from .evaluate import classifier_accuracy, zero_shot_accuracy
-from .models import WEIGHTS_DIR, DemoClassifier, build_demo_clip, demo_tokenizer
+from .models import DEMO_SAE_LAYER, WEIGHTS_DIR, DemoClassifier, _load_state, build_demo_clip, demo_tokenizer
 from .world import render_scene, sample_scene
 
 CLIP_MEAN = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
@@ -112,12 +113,28 @@ def train_clip(steps: int = 3000, batch_size: int = 256, pool_size: int = 30_000
     return model.eval()
 
 
+def train_demo_sae(classifier: DemoClassifier, images: int = 4000, epochs: int = 10, seed: int = 0,
+                   heldout_images: int = 1000):
+    """Fit the demo SAE (TopK, 256 latents, k = 8) on :data:`DEMO_SAE_LAYER` at every position of the
+    first ``images`` training samples; returns ``(sae, config, quality on the held-out split)``."""
+    from ..units import SAEConfig, fit_sae, layer_rows, sae_quality
+
+    config = SAEConfig(kind="topk", nb_concepts=256, top_k=8, epochs=epochs, seed=seed)
+    classifier = classifier.eval()
+    train = _render_split(DemoWorldDataset("train", size=images)).float() / 255.0
+    sae, _ = fit_sae(layer_rows(classifier, DEMO_SAE_LAYER, train), config, verbose=True)
+    heldout = _render_split(DemoWorldDataset("heldout", size=heldout_images)).float() / 255.0
+    return sae, config, sae_quality(sae, layer_rows(classifier, DEMO_SAE_LAYER, heldout))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=WEIGHTS_DIR, help="folder for classifier.pt and clip.pt")
-    parser.add_argument("--only", choices=("classifier", "clip"), help="train one model only")
+    parser.add_argument("--out", type=Path, default=WEIGHTS_DIR, help="folder for classifier.pt, clip.pt and sae.pt")
+    parser.add_argument("--only", choices=("classifier", "clip", "sae"), help="train one model only")
     parser.add_argument("--classifier-steps", type=int, default=1500)
     parser.add_argument("--clip-steps", type=int, default=3000)
+    parser.add_argument("--sae-images", type=int, default=4000, help="training images for the SAE (64 rows each)")
+    parser.add_argument("--sae-epochs", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -139,6 +156,19 @@ def main(argv: list[str] | None = None) -> None:
         clip.load_state_dict({k: v.half().float() if v.is_floating_point() else v
                               for k, v in clip.state_dict().items()})
         report["zero_shot_accuracy"] = zero_shot_accuracy(clip)
+    if args.only in (None, "sae"):
+        from ..units import save_sae
+
+        start = time.perf_counter()
+        if args.only == "sae":
+            classifier = DemoClassifier()
+            classifier.load_state_dict(_load_state(args.out / "classifier.pt"))
+        sae, config, quality = train_demo_sae(classifier, images=args.sae_images, epochs=args.sae_epochs,
+                                              seed=args.seed)
+        save_sae(sae, config, args.out / "sae.pt", layer=DEMO_SAE_LAYER, train_images=args.sae_images,
+                 heldout=quality)
+        report["sae_train_s"] = round(time.perf_counter() - start, 1)
+        report["sae_heldout"] = quality
     print(json.dumps(report, indent=2))
 
 

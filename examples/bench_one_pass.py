@@ -109,7 +109,7 @@ def time_crops(store, model, encoder, dataset, batch_size, count=30) -> float:
 
 def peak_rss_mb(samples: int, workdir: Path) -> float:
     code = (
-        "import resource, sys; sys.argv=['x'];"
+        "import sys; sys.argv=['x'];"
         "from crp_csp import AnalysisConfig, load_encoder, run_analysis;"
         "from crp_csp.demo import DemoWorldDataset, load_demo_classifier;"
         "from zennit.composites import EpsilonPlusFlat; from zennit.canonizers import SequentialMergeBatchNorm;"
@@ -117,7 +117,8 @@ def peak_rss_mb(samples: int, workdir: Path) -> float:
         f"['features.conv3','features.conv4'], r'{workdir}/mem{samples}.h5',"
         "composite=EpsilonPlusFlat(canonizers=[SequentialMergeBatchNorm()]),"
         "config=AnalysisConfig(batch_size=64, crop_count=0), progress=False);"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+        # VmHWM is this process's own peak; ru_maxrss would carry the parent's peak across fork/exec
+        "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return round(int(out.stdout.strip().splitlines()[-1]) / 1024, 1)

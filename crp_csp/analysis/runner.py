@@ -182,38 +182,38 @@ def _part_starts(start: int, end: int, step: int) -> list[int]:
     return list(range(start, end, step))
 
 
-def _record_batch(model, composite, layer_names, images, targets, config: AnalysisConfig):
-    """One forward/backward pass; returns the model output and the recorded tensors."""
+def _record_batch(modified, recording, images, targets, config: AnalysisConfig):
+    """One forward/backward pass of the composite-modified model; ``recording`` holds its layers."""
     device = torch.device(config.device)
     data = images.to(device=device, dtype=config.torch_dtype).requires_grad_(True)
-    context = composite.context(model) if composite is not None else contextlib.nullcontext(model)
-    with context as modified, record_layers(modified, layer_names) as recording:
-        try:
-            output = modified(data)
-        except RuntimeError as error:
+    recording.activations.clear()
+    recording.relevances.clear()
+    try:
+        output = modified(data)
+    except RuntimeError as error:
+        raise ValueError(
+            f"the model failed on a batch of shape {tuple(data.shape)}: {error}. Check that the dataset's "
+            "samples, after preprocess_fn, have the shape the model expects"
+        ) from error
+    if output.ndim != 2:
+        raise ValueError(f"the model must output [batch, classes]; got shape {tuple(output.shape)}")
+    prediction = output.argmax(1)
+    if config.relevance_target == "label":
+        if (targets < 0).any():
             raise ValueError(
-                f"the model failed on a batch of shape {tuple(data.shape)}: {error}. Check that the dataset's "
-                "samples, after preprocess_fn, have the shape the model expects"
-            ) from error
-        if output.ndim != 2:
-            raise ValueError(f"the model must output [batch, classes]; got shape {tuple(output.shape)}")
-        prediction = output.argmax(1)
-        if config.relevance_target == "label":
-            if (targets < 0).any():
-                raise ValueError(
-                    "relevance_target='label' needs dataset labels; this dataset gives none. "
-                    "Use AnalysisConfig(relevance_target='prediction')"
-                )
-            start = targets.to(device)
-        else:
-            start = prediction
-        if start.max() >= output.shape[1]:
-            raise ValueError(f"a label ({int(start.max())}) exceeds the model's {output.shape[1]} outputs")
-        grad = torch.zeros_like(output)
-        rows = torch.arange(len(output), device=device)
-        grad[rows, start] = output[rows, start].detach()
-        output.backward(grad)
-    return output.detach(), prediction, recording
+                "relevance_target='label' needs dataset labels; this dataset gives none. "
+                "Use AnalysisConfig(relevance_target='prediction')"
+            )
+        start = targets.to(device)
+    else:
+        start = prediction
+    if start.max() >= output.shape[1]:
+        raise ValueError(f"a label ({int(start.max())}) exceeds the model's {output.shape[1]} outputs")
+    grad = torch.zeros_like(output)
+    rows = torch.arange(len(output), device=device)
+    grad[rows, start] = output[rows, start].detach()
+    output.backward(grad)
+    return output.detach(), prediction
 
 
 def _check_finite(tensor: torch.Tensor, sample_ids, what: str) -> None:
@@ -264,26 +264,29 @@ def _run_parts(model, composite, dataset, encoder, layer_map, config, writer, st
     buffer: dict[str, list[np.ndarray]] = {}
     position = 0
     bar = tqdm(total=len(indices), desc="crp-csp analysis", unit="img", disable=not progress)
-    for images, targets in loader:
-        batch_ids = np.asarray(indices[position:position + len(images)])
-        _check_finite(images, batch_ids, "input")
-        model_input = preprocess_fn(images) if preprocess_fn is not None else images
-        output, prediction, recording = _record_batch(model, composite, list(layer_map), model_input, targets, config)
-        _check_finite(output, batch_ids, "model output")
-        arrays = _batch_statistics(recording, layer_map, config, batch_ids)
-        encoder_images = encoder_input_fn(images) if encoder_input_fn is not None else images
-        arrays["embedding"] = encoder.encode_images(encoder_images).float().cpu().numpy()
-        arrays["target"] = targets.numpy()
-        arrays["prediction"] = prediction.cpu().numpy()
-        arrays["index"] = batch_ids
-        for key, value in arrays.items():
-            buffer.setdefault(key, []).append(value)
-        position += len(images)
-        bar.update(len(images))
-        part_start = int(buffer["index"][0][0])
-        if position == len(indices) or int(batch_ids[-1]) + 1 >= min(part_start + step, end):
-            writer.write_part(part_start, {key: np.concatenate(value) for key, value in buffer.items()})
-            buffer = {}
+    # the composite (and its canonizers) is applied once for the whole pass, and always removed
+    context = composite.context(model) if composite is not None else contextlib.nullcontext(model)
+    with context as modified, record_layers(modified, list(layer_map)) as recording:
+        for images, targets in loader:
+            batch_ids = np.asarray(indices[position:position + len(images)])
+            _check_finite(images, batch_ids, "input")
+            model_input = preprocess_fn(images) if preprocess_fn is not None else images
+            output, prediction = _record_batch(modified, recording, model_input, targets, config)
+            _check_finite(output, batch_ids, "model output")
+            arrays = _batch_statistics(recording, layer_map, config, batch_ids)
+            encoder_images = encoder_input_fn(images) if encoder_input_fn is not None else images
+            arrays["embedding"] = encoder.encode_images(encoder_images).float().cpu().numpy()
+            arrays["target"] = targets.numpy()
+            arrays["prediction"] = prediction.cpu().numpy()
+            arrays["index"] = batch_ids
+            for key, value in arrays.items():
+                buffer.setdefault(key, []).append(value)
+            position += len(images)
+            bar.update(len(images))
+            part_start = int(buffer["index"][0][0])
+            if position == len(indices) or int(batch_ids[-1]) + 1 >= min(part_start + step, end):
+                writer.write_part(part_start, {key: np.concatenate(value) for key, value in buffer.items()})
+                buffer = {}
     bar.close()
 
 

@@ -554,6 +554,11 @@ def _setup_options(parser: argparse.ArgumentParser, later: bool) -> None:
                                          "hf:ORG/NAME or hf:/local/dir (default: demo for the demo model)" + note)
 
 
+def _labelled_selection(group, verb: str) -> None:
+    group.add_argument("--layers", help="comma-separated layers (default: all labelled layers)")
+    group.add_argument("--methods", help=f"methods to {verb}, names or prefixes (default: all labelled)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="crp-csp",
@@ -631,8 +636,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "Demo world: held-out and control splits, concept images drawn by its renderer. Image "
                     "folders: --heldout FOLDER, concept images retrieved from the analysed dataset.")
     group = evaluate.add_argument_group("evaluation")
-    group.add_argument("--layers", help="comma-separated layers (default: all labelled layers)")
-    group.add_argument("--methods", help="methods to evaluate, names or prefixes (default: all labelled)")
+    _labelled_selection(group, "evaluate")
     group.add_argument("--heldout", metavar="FOLDER", help="held-out images (ImageFolder layout; required "
                                                            "unless the dataset is demo)")
     group.add_argument("--control", metavar="FOLDER", help="CoSy control images (default: the held-out folder)")
@@ -652,8 +656,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "filterable overview of the units, and per unit its positives with CRP heatmaps, its "
                     "contrastive negatives, its label rankings and faithfulness.")
     group = report.add_argument_group("report")
-    group.add_argument("--layers", help="comma-separated layers (default: all labelled layers)")
-    group.add_argument("--methods", help="methods to show, names or prefixes (default: all labelled)")
+    _labelled_selection(group, "show")
     group.add_argument("--units", default="64", metavar="N|all",
                        help="units per layer shown in detail; the overview always lists all (default: %(default)s)")
     group.add_argument("--examples", type=int, default=8, metavar="N",

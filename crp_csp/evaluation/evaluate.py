@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from .._json import dump_json
 from ..encoders import ImageTextEncoder
 from ..scoring import LayerLabels, embed_labels
 from .activations import unit_activations
@@ -91,11 +92,7 @@ class LabelEvaluation:
                 "units": self.units}
 
     def to_json(self, path: str | os.PathLike | None = None) -> str:
-        text = json.dumps(self.to_dict(), indent=1)
-        if path is not None:
-            with open(path, "w", encoding="utf-8") as handle:
-                handle.write(text)
-        return text
+        return dump_json(self.to_dict(), path)
 
 
 class LabelEvaluator:

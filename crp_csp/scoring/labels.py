@@ -12,6 +12,7 @@ import h5py
 import numpy as np
 import torch
 
+from .._json import dump_json
 from ..candidates import CandidateSet
 from ..contrastive import ContrastiveSelection, SelectionConfig, select_contrastive
 from ..encoders import ImageTextEncoder, load_encoder
@@ -60,11 +61,7 @@ class LayerLabels:
                             if label in self.sources}}
 
     def to_json(self, path: str | os.PathLike | None = None) -> str:
-        text = json.dumps(self.to_dict(), indent=1)
-        if path is not None:
-            with open(path, "w", encoding="utf-8") as handle:
-                handle.write(text)
-        return text
+        return dump_json(self.to_dict(), path)
 
     def to_csv(self, path: str | os.PathLike | None = None) -> str:
         buffer = io.StringIO()

@@ -7,7 +7,6 @@ images), for comparing several labelling methods on one layer.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os

@@ -8,7 +8,7 @@ import numpy as np
 
 from crp_csp.demo import CONFOUNDERS, DemoWorldDataset, load_demo_classifier, load_demo_clip
 from crp_csp.demo.evaluate import classifier_accuracy, zero_shot_accuracy
-from crp_csp.demo.models import CLASSIFIER_WEIGHTS, CLIP_WEIGHTS
+from crp_csp.demo.models import WEIGHTS_DIR
 
 
 def cooccurrence(split: str) -> list[dict]:
@@ -30,7 +30,8 @@ def main() -> None:
         "confounders": cooccurrence("train"),
         "confounders_probe": cooccurrence("probe"),
         "confounders_heldout": cooccurrence("heldout"),
-        "weights_bytes": CLASSIFIER_WEIGHTS.stat().st_size + CLIP_WEIGHTS.stat().st_size,
+        "weights_bytes": sum(path.stat().st_size for path in WEIGHTS_DIR.glob("*.pt")),
+        "weights_files": sorted(path.name for path in WEIGHTS_DIR.glob("*.pt")),
     }
     print(json.dumps(report, indent=2))
 

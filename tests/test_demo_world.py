@@ -7,7 +7,7 @@ from crp_csp.demo import (
     CLASS_NAMES, CONFOUNDERS, FAMILIES, DemoWorldDataset, Scene, object_mask, parse_phrase, render_phrase,
     render_scene,
 )
-from crp_csp.demo.models import CLASSIFIER_WEIGHTS, CLIP_WEIGHTS
+from crp_csp.demo.models import CLASSIFIER_WEIGHTS, CLIP_WEIGHTS, WEIGHTS_DIR
 
 PLAIN = dict(shape="square", colour="red", pattern="plain", size="large", background="snow")
 
@@ -98,8 +98,9 @@ def test_confounders_are_planted_in_training_and_broken_in_heldout():
 
 
 def test_shipped_weights_are_small_and_safe_to_load():
-    total = CLASSIFIER_WEIGHTS.stat().st_size + CLIP_WEIGHTS.stat().st_size
-    assert total <= 10 * 2**20
-    for path in (CLASSIFIER_WEIGHTS, CLIP_WEIGHTS):
+    files = sorted(WEIGHTS_DIR.glob("*.pt"))
+    assert {CLASSIFIER_WEIGHTS, CLIP_WEIGHTS} <= set(files)
+    assert sum(path.stat().st_size for path in files) <= 10 * 2**20
+    for path in files:
         state = torch.load(path, map_location="cpu", weights_only=True)
         assert all(isinstance(v, torch.Tensor) for v in state.values())

@@ -103,4 +103,5 @@ def test_shipped_weights_are_small_and_safe_to_load():
     assert sum(path.stat().st_size for path in files) <= 10 * 2**20
     for path in files:
         state = torch.load(path, map_location="cpu", weights_only=True)
-        assert all(isinstance(v, torch.Tensor) for v in state.values())
+        tensors = state.get("state_dict", state)
+        assert tensors and all(isinstance(v, torch.Tensor) for v in tensors.values())

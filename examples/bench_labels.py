@@ -66,17 +66,19 @@ def methods(extra: bool):
     return listed
 
 
-def default_store(samples: int, layers: list[str], crops: bool, random_weights: bool = False) -> str:
+def default_store(samples: int, layers: list[str], crops: bool, random_weights: bool = False,
+                  sae: bool = False) -> str:
     """``runs/bench_labels.h5`` for the default analysis; other settings get their own file (a store
     is reused only for the settings it was made with)."""
     parts = [] if samples == 6000 else [str(samples)]
     parts += [] if layers == list(LAYERS) else ["-".join(layers)]
     parts += ["crops"] if crops else []
     parts += ["random"] if random_weights else []
+    parts += ["sae"] if sae else []
     return "runs/bench_labels" + "".join(f"_{p}" for p in parts) + ".h5"
 
 
-def load_models(random_weights: bool):
+def load_models(random_weights: bool, sae: bool = False):
     if random_weights:  # a smoke test of the pipeline: the numbers mean nothing
         import open_clip
 
@@ -91,7 +93,7 @@ def load_models(random_weights: bool):
     from crp_csp.demo import load_demo_classifier
     from crp_csp.encoders import load_encoder
 
-    return load_demo_classifier(), load_encoder("demo")
+    return load_demo_classifier(sae=sae), load_encoder("demo")
 
 
 def _mean(rows, key, where=None):
@@ -116,15 +118,21 @@ def main(argv=None) -> dict:
                         help="add CSP gamma=0 and SemanticLens with CSP's text embedding (isolate the contrast)")
     parser.add_argument("--units-json", help="write every unit's evaluation to this file")
     parser.add_argument("--random-weights", action="store_true", help="untrained models (a smoke test)")
+    parser.add_argument("--sae", action="store_true",
+                        help="insert the demo SAE and label its latents next to the channels")
     args = parser.parse_args(argv)
+    if args.sae:
+        from crp_csp.demo.models import DEMO_SAE_LATENTS
+
+        args.layers = list(dict.fromkeys([*args.layers, DEMO_SAE_LATENTS]))
     analysed = list(LAYERS) if set(args.layers) <= set(LAYERS) else list(dict.fromkeys([*LAYERS, *args.layers]))
-    args.store = args.store or default_store(args.samples, analysed, args.crops, args.random_weights)
+    args.store = args.store or default_store(args.samples, analysed, args.crops, args.random_weights, args.sae)
     threshold = args.threshold if args.threshold == "mean" else float(args.threshold)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
 
     started = time.perf_counter()
     timings: dict[str, float] = {}
-    model, encoder = load_models(args.random_weights)
+    model, encoder = load_models(args.random_weights, args.sae)
     composite = EpsilonPlusFlat(canonizers=[SequentialMergeBatchNorm()])
     probe = DemoWorldDataset("probe", size=args.samples)
     config = AnalysisConfig(batch_size=64, crop_count=args.scored_count if args.crops else 0)
@@ -213,7 +221,7 @@ def main(argv=None) -> dict:
         "settings": {"samples": args.samples, "layers": args.layers, "store": str(args.store),
                      "heldout": args.heldout, "control": args.control, "concept_count": args.concept_count,
                      "scored_count": args.scored_count, "candidates": len(candidates), "reduction": "max",
-                     "threshold": threshold, "random_weights": args.random_weights,
+                     "threshold": threshold, "random_weights": args.random_weights, "sae": args.sae,
                      "torch_threads": torch.get_num_threads()},
         "notes": [
             "SemanticLens and CLIP-Dissect use no negatives: one row per positives setting (negatives '-').",

@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=WEIGHTS_DIR, help="folder for classifier.pt, clip.pt and sae.pt")
     parser.add_argument("--only", choices=("classifier", "clip", "sae"), help="train one model only")
     parser.add_argument("--classifier-steps", type=int, default=1500)
-    parser.add_argument("--clip-steps", type=int, default=3000)
+    parser.add_argument("--clip-steps", type=int, default=2000)
     parser.add_argument("--sae-images", type=int, default=4000, help="training images for the SAE (64 rows each)")
     parser.add_argument("--sae-epochs", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)

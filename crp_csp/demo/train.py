@@ -13,19 +13,16 @@ import time
 from pathlib import Path
 
 import numpy as np
-import open_clip
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from .captions import sample_caption, scene_codes
 from .data import DemoWorldDataset
-from .evaluate import classifier_accuracy, zero_shot_accuracy
+from .evaluate import CLIP_MEAN, CLIP_STD, classifier_accuracy, zero_shot_accuracy
 from .models import DEMO_SAE_LAYER, WEIGHTS_DIR, DemoClassifier, _load_state, build_demo_clip, demo_tokenizer
 from .world import render_scene, sample_scene
 
-CLIP_MEAN = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
-CLIP_STD = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
 
 
 def _render_split(dataset: DemoWorldDataset) -> torch.Tensor:

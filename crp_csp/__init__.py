@@ -5,7 +5,7 @@ __version__ = "0.1.0"
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
-from .analysis import AnalysisConfig, CSPFeatureVisualization, run_analysis  # noqa: E402
+from .analysis import AnalysisConfig, CSPFeatureVisualization, rank_device, run_analysis  # noqa: E402
 from .circuits import Circuit, build_circuit  # noqa: E402
 from .candidates import CandidateSet, load_candidates, read_label_file  # noqa: E402
 from .contrastive import ContrastiveSelection, SelectionConfig, TooFewNegativesError, select_contrastive  # noqa: E402
@@ -24,5 +24,5 @@ __all__ = [
     "ContrastiveSelection", "ImageTextEncoder", "LayerLabels", "SelectionConfig", "SemanticLensScorer",
     "StoreError", "StoreLockedError", "StoreMismatchError", "TokenConcept", "TooFewNegativesError", "UnitLabel", "embed_labels",
     "insert_sae", "label_units", "load_candidates", "load_encoder", "load_model", "make_scorer", "read_label_file",
-    "run_analysis", "select_contrastive",
+    "rank_device", "run_analysis", "select_contrastive",
 ]

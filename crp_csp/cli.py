@@ -223,29 +223,33 @@ def check_device(device: str) -> None:
 
 
 def cmd_analyze(args) -> int:
-    from .analysis import AnalysisConfig, run_analysis
+    from .analysis import AnalysisConfig, current_process_group, rank_device, run_analysis
     from .encoders import load_encoder
 
     out = Path(args.out)
     setup = resolve_setup(args)
+    group = current_process_group()  # under torchrun: join the ranks before anything lands on a GPU
+    device = rank_device(args.device)
     with blame("--pool-size / --crop-count / --batch-size / --chunk-size"):
         config = AnalysisConfig(pool_size=args.pool_size, crop_count=min(args.crop_count, args.pool_size),
-                                batch_size=args.batch_size, chunk_size=args.chunk_size, device=args.device,
+                                batch_size=args.batch_size, chunk_size=args.chunk_size, device=device,
                                 relevance_target=args.relevance_target, num_workers=args.num_workers)
     with blame("--dataset"):
         dataset = build_dataset(setup)
-    model = build_model(setup, args.device)
+    model = build_model(setup, device)
     with blame("--encoder"):
-        encoder = load_encoder(setup["encoder"], device=args.device)
+        encoder = load_encoder(setup["encoder"], device=device)
     composite = build_composite(setup)
     layers = split_list(setup["layers"])
     out.mkdir(parents=True, exist_ok=True)
     with blame("--layers"):
         store = run_analysis(model, dataset, encoder, layers, out / STORE_NAME, composite=composite, config=config,
                              preprocess_fn=preprocess_for(setup), overwrite=args.overwrite,
-                             progress=progress_of(args))
-    (out / SETTINGS_NAME).write_text(json.dumps({**setup, "crp_csp_version": __version__}, indent=1), encoding="utf-8")
-    print(f"analysis: {store.path} ({store.num_samples} samples, layers {', '.join(store.layers)})")
+                             progress=progress_of(args), process_group=group)
+    if group.is_main:
+        (out / SETTINGS_NAME).write_text(json.dumps({**setup, "crp_csp_version": __version__}, indent=1),
+                                         encoding="utf-8")
+        print(f"analysis: {store.path} ({store.num_samples} samples, layers {', '.join(store.layers)})")
     return 0
 
 

@@ -24,14 +24,10 @@ def worker(path: str, samples: int, batch_size: int) -> None:
     from zennit.canonizers import SequentialMergeBatchNorm
     from zennit.composites import EpsilonPlusFlat
 
-    from crp_csp import AnalysisConfig, load_encoder, run_analysis
+    from crp_csp import AnalysisConfig, load_encoder, rank_device, run_analysis
     from crp_csp.demo import DemoWorldDataset, load_demo_classifier
 
-    device = "cuda" if os.environ.get("CRP_CSP_BENCH_CUDA") else "cpu"
-    if device == "cuda":
-        import torch
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-        torch.cuda.set_device(device)
+    device = rank_device("cuda" if os.environ.get("CRP_CSP_BENCH_CUDA") else "cpu")
     run_analysis(load_demo_classifier(device), DemoWorldDataset("probe", size=samples), load_encoder("demo", device),
                  ["features.conv3", "features.conv4", "fc"], path,
                  composite=EpsilonPlusFlat(canonizers=[SequentialMergeBatchNorm()]),
@@ -72,7 +68,8 @@ def main() -> None:
         one = launch(1, Path(tmp) / "one.h5", args.samples, args.batch_size)
         many = launch(args.nproc, Path(tmp) / "many.h5", args.samples, args.batch_size)
         equal = stores_equal(Path(tmp) / "one.h5", Path(tmp) / "many.h5")
-    print(json.dumps({"samples": args.samples, "cpus": os.cpu_count(), "wall_s_1": round(one, 2),
+    backend = "nccl" if os.environ.get("CRP_CSP_BENCH_CUDA") else "gloo"
+    print(json.dumps({"samples": args.samples, "cpus": os.cpu_count(), "backend": backend, "wall_s_1": round(one, 2),
                       f"wall_s_{args.nproc}": round(many, 2), "speedup": round(one / many, 3),
                       "stores_equal": equal}, indent=2))
 

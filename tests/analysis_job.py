@@ -4,6 +4,7 @@ Usage: ``python tests/analysis_job.py STORE_PATH SAMPLES`` runs the pass and exi
 """
 from __future__ import annotations
 
+import logging
 import sys
 
 import open_clip
@@ -53,4 +54,5 @@ def run(path, samples: int, **config):
 
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")  # tests read the "resuming" lines
     run(sys.argv[1], int(sys.argv[2]))

@@ -48,18 +48,40 @@ class ProcessGroup:
         return items[self.rank::self.world_size]
 
 
+def _launched_ranks() -> int:
+    """How many ranks torchrun (or another launcher setting ``WORLD_SIZE``) started; 1 otherwise."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank_device(device: str | torch.device = "cuda") -> str:
+    """The device this rank should use: under torchrun a CUDA device without an index becomes the
+    rank's own GPU, ``cuda:$LOCAL_RANK``; every other device is returned unchanged.
+
+    Load the model and the encoder on it, so that the ranks of a node do not all share GPU 0::
+
+        device = rank_device("cuda")
+        model, encoder = load_model(spec, device=device), load_encoder(spec, device=device)
+    """
+    parsed = torch.device(device)
+    if parsed.type == "cuda" and parsed.index is None and _launched_ranks() > 1:
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return str(parsed)
+
+
 def current_process_group(init: bool = True) -> ProcessGroup:
     """The running process group; under torchrun (``WORLD_SIZE`` > 1) initialise it first when ``init``.
 
-    The backend is NCCL when CUDA is available, gloo otherwise.
+    The backend is NCCL when CUDA is available (each rank bound to ``cuda:$LOCAL_RANK``), gloo otherwise.
     """
     if not dist.is_available():
         return ProcessGroup()
     if not dist.is_initialized():
-        if not init or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        if not init or _launched_ranks() <= 1:
             return ProcessGroup()
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend)
+        if torch.cuda.is_available():
+            device = torch.device(rank_device("cuda"))
+            torch.cuda.set_device(device)
+            dist.init_process_group("nccl", device_id=device)
+        else:
+            dist.init_process_group("gloo")
     return ProcessGroup(dist.get_rank(), dist.get_world_size())

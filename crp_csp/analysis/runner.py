@@ -10,6 +10,7 @@ the HDF5 store is written in one atomic step.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -35,7 +36,7 @@ from ..units.insertion import ReconstructionError
 from ..units.tokens import TokenConcept, describe_concept, unit_layout
 from .config import AnalysisConfig
 from .crops import embed_reference_crops
-from .distributed import ProcessGroup, current_process_group
+from .distributed import ProcessGroup, current_process_group, rank_device
 from .recording import find_layers, record_layers
 from .statistics import ACTIVATION_STATS, RELEVANCE_STATS, activation_statistics, merge_top, relevance_statistics
 
@@ -409,12 +410,13 @@ def run_analysis(
     sample_range = tuple(sample_range or (0, len(dataset)))
     if not 0 <= sample_range[0] < sample_range[1] <= len(dataset):
         raise ValueError(f"sample_range {sample_range} must lie within [0, {len(dataset)}] and be non-empty")
+    group = process_group or current_process_group()
+    config = _on_rank_device(config, encoder, group)
     model = model.to(config.device).eval()
     fingerprint = json.loads(json.dumps(analysis_fingerprint(
         model, dataset, composite, layer_map, encoder, config, sample_range, preprocess_fn, encoder_input_fn,
     ), sort_keys=True, default=str))
 
-    group = process_group or current_process_group()
     writer = _PartWriter(path)
     with contextlib.ExitStack() as stack:
         status: object = "run"
@@ -449,7 +451,8 @@ def run_analysis(
                     writer.write_array(file, embed_reference_crops(
                         attribution, composite, dataset, encoder, name, pool["ids"][:config.crop_count],
                         pool["rf"][:config.crop_count], config, preprocess_fn=preprocess_fn,
-                        encoder_input_fn=encoder_input_fn, progress=progress, description=f"crops {name} ({kind})",
+                        encoder_input_fn=encoder_input_fn, progress=progress and group.is_main,
+                        description=f"crops {name} ({kind})",
                     ))
             group.barrier()
         finally:
@@ -469,6 +472,26 @@ def run_analysis(
             writer.remove()
         group.barrier()
     return AnalysisStore(path)
+
+
+def _on_rank_device(config: AnalysisConfig, encoder: ImageTextEncoder, group: ProcessGroup) -> AnalysisConfig:
+    """Under several ranks a plain ``cuda`` device means each rank's own GPU; the encoder must be there too.
+
+    A misplaced encoder on any rank fails every rank, so that none waits for it at a collective.
+    """
+    if group.world_size == 1:
+        return config
+    device = rank_device(config.device)
+    weights = next(encoder._weights_module().parameters(), None)
+    problem = None
+    if weights is not None and weights.device.type == "cuda" and weights.device != torch.device(device):
+        problem = (f"rank {group.rank} analyses on {device} but its encoder's weights are on {weights.device}; "
+                   "under torchrun load the encoder (and the model) on the rank's own GPU: "
+                   "load_encoder(spec, device=crp_csp.rank_device('cuda'))")
+    problems = [message for message in group.all_gather_object(problem) if message]
+    if problems:
+        raise ValueError(problems[0])
+    return dataclasses.replace(config, device=device)
 
 
 def _prepare(path: Path, writer: _PartWriter, fingerprint: dict, config: AnalysisConfig, overwrite: bool) -> str:

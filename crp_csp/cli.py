@@ -250,6 +250,10 @@ def cmd_analyze(args) -> int:
         (out / SETTINGS_NAME).write_text(json.dumps({**setup, "crp_csp_version": __version__}, indent=1),
                                          encoding="utf-8")
         print(f"analysis: {store.path} ({store.num_samples} samples, layers {', '.join(store.layers)})")
+    if group.world_size > 1:
+        import torch.distributed
+
+        torch.distributed.destroy_process_group()  # the CLI joined the group, so it leaves it
     return 0
 
 

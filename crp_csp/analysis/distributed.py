@@ -68,6 +68,11 @@ def rank_device(device: str | torch.device = "cuda") -> str:
     return str(parsed)
 
 
+def default_backend() -> str:
+    """The backend :func:`current_process_group` initialises: ``nccl`` when CUDA is available, else ``gloo``."""
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
 def current_process_group(init: bool = True) -> ProcessGroup:
     """The running process group; under torchrun (``WORLD_SIZE`` > 1) initialise it first when ``init``.
 
@@ -78,7 +83,7 @@ def current_process_group(init: bool = True) -> ProcessGroup:
     if not dist.is_initialized():
         if not init or _launched_ranks() <= 1:
             return ProcessGroup()
-        if torch.cuda.is_available():
+        if default_backend() == "nccl":
             device = torch.device(rank_device("cuda"))
             torch.cuda.set_device(device)
             dist.init_process_group("nccl", device_id=device)
